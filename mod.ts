@@ -21,3 +21,5 @@ export * from "./src/memory/mod.ts";
 export * from "./src/dma/mod.ts";
 export * from "./src/virtio/mod.ts";
 export * from "./src/queue/mod.ts";
+export * from "./src/pci/mod.ts";
+export * from "./src/iommu/mod.ts";
