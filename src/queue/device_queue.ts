@@ -62,4 +62,10 @@ export interface DeviceQueue {
   setNotification(enabled: boolean): boolean;
   /** Chains popped but not yet pushed. */
   readonly inFlight: number;
+  /**
+   * Stops using the rings: drops the cached ring translations and unregisters
+   * from the DMA space's invalidation listeners. Transports call it when the
+   * queue is reset or the device is reset; any later use of the queue throws.
+   */
+  detach(): void;
 }

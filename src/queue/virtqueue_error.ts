@@ -5,6 +5,7 @@ export type VirtqueueErrorKind =
   | "descriptor-loop"
   | "chain-too-long"
   | "nested-indirect"
+  | "indirect-not-negotiated"
   | "indirect-with-next"
   | "bad-indirect-length"
   | "readable-after-writable"
