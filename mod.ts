@@ -24,6 +24,7 @@ export * from "./src/queue/mod.ts";
 export * from "./src/pci/mod.ts";
 export * from "./src/iommu/mod.ts";
 export * from "./src/guest/mod.ts";
+export * from "./src/machine.ts";
 export * from "./transports/core/mod.ts";
 export * from "./transports/pci/mod.ts";
 export * from "./transports/mmio/mod.ts";

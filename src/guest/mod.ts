@@ -44,3 +44,21 @@ export {
 } from "./virtio/virtqueue.ts";
 export { SplitVirtqueue } from "./virtio/split_ring.ts";
 export { PackedVirtqueue } from "./virtio/packed_ring.ts";
+export * from "./virtio/virtio_guest_device.ts";
+export * from "./virtio_mmio_driver.ts";
+export * from "./pci/pci_enumeration.ts";
+export {
+  findVirtioCapability,
+  probeVirtioPciModern,
+  VIRTIO_PCI_ISR_CONFIG,
+  VIRTIO_PCI_ISR_INTR,
+  VirtioPciCap,
+  VirtioPciCommon,
+  type VirtioPciIrqMode,
+  VirtioPciModernDriver,
+  type VirtioPciModernOptions,
+} from "./pci/virtio_pci_modern.ts";
+export * from "./dma/iova_allocator.ts";
+export * from "./dma/dma_iommu.ts";
+export * from "./dma/iova_api.ts";
+export * from "./iommu/virtio_iommu_driver.ts";
