@@ -62,3 +62,4 @@ export * from "./dma/iova_allocator.ts";
 export * from "./dma/dma_iommu.ts";
 export * from "./dma/iova_api.ts";
 export * from "./iommu/virtio_iommu_driver.ts";
+export { DeferredDmaApi } from "./dma/deferred_dma.ts";

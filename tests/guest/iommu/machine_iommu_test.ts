@@ -9,52 +9,12 @@ import { Iommu } from "../../../src/iommu/iommu.ts";
 import { GuestMemory } from "../../../src/memory/guest_memory.ts";
 import { DmaFault } from "../../../src/dma/dma_fault.ts";
 import { VirtioFeature } from "../../../src/virtio/features.ts";
-import type { CoherentAllocation, DmaApi, DmaDirection } from "../../../src/guest/dma/dma_api.ts";
+import { DeferredDmaApi } from "../../../src/guest/dma/deferred_dma.ts";
 import type { DmaIommu } from "../../../src/guest/dma/dma_iommu.ts";
 import { VirtioIommuDriver } from "../../../src/guest/iommu/virtio_iommu_driver.ts";
 import { VirtioIommu } from "../../../devices/iommu/virtio_iommu.ts";
 import { EchoDevice } from "../../helpers/echo_device.ts";
 import { settle } from "./viommu_harness.ts";
-
-/**
- * A DmaApi whose target is set later: the machine probes transports before
- * any device driver runs, so the IOMMU's DMA ops exist only after the
- * virtio-iommu driver has probed (Linux defers the endpoint's probe the same way).
- */
-class DeferredDma implements DmaApi {
-  target: DmaApi | null = null;
-  #t(): DmaApi {
-    if (this.target === null) throw new Error("the IOMMU driver has not probed yet");
-    return this.target;
-  }
-  mapPage(phys: number, size: number, dir: DmaDirection, attrs?: number): number {
-    return this.#t().mapPage(phys, size, dir, attrs);
-  }
-  unmapPage(addr: number, size: number, dir: DmaDirection, attrs?: number): void {
-    this.#t().unmapPage(addr, size, dir, attrs);
-  }
-  syncSingleForCpu(addr: number, size: number, dir: DmaDirection): void {
-    this.#t().syncSingleForCpu(addr, size, dir);
-  }
-  syncSingleForDevice(addr: number, size: number, dir: DmaDirection): void {
-    this.#t().syncSingleForDevice(addr, size, dir);
-  }
-  allocCoherent(size: number): CoherentAllocation | null {
-    return this.#t().allocCoherent(size);
-  }
-  freeCoherent(size: number, cpuAddr: number, dmaAddr: number): void {
-    this.#t().freeCoherent(size, cpuAddr, dmaAddr);
-  }
-  mappingError(addr: number): number {
-    return this.#t().mappingError(addr);
-  }
-  needSync(addr: number): boolean {
-    return this.#t().needSync(addr);
-  }
-  maxMappingSize(): number {
-    return this.#t().maxMappingSize();
-  }
-}
 
 function machine(viommuTransport: MachineTransport) {
   const memory = new GuestMemory([{ base: 0, size: 16 << 20 }]);
@@ -65,7 +25,7 @@ function machine(viommuTransport: MachineTransport) {
   const ep = iommu.addEndpoint(epId);
   const viommuDevice = new VirtioIommu(iommu);
   const echo = new EchoDevice(1);
-  const deferred = new DeferredDma();
+  const deferred = new DeferredDmaApi();
   const m = createMachine({
     memory,
     devices: [{ device: viommuDevice, transport: viommuTransport }, {
