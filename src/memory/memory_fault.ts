@@ -33,20 +33,20 @@ export class MemoryFault extends GuestFault {
 
   /** Creates a fault for `length` bytes at `address`. */
   constructor(address: number, length: number, reason: MemoryFaultReason = "unmapped") {
-    super(MemoryFault.describe(address, length, reason));
+    super(describe(address, length, reason));
     this.address = address;
     this.length = length;
     this.reason = reason;
   }
+}
 
-  private static describe(address: number, length: number, reason: MemoryFaultReason): string {
-    switch (reason) {
-      case "unmapped":
-        return `Cannot access ${length} bytes at ${hex(address)}: outside guest RAM`;
-      case "invalid":
-        return `Cannot access ${length} bytes at ${hex(address)}: not a valid address range`;
-      case "unrepresentable":
-        return `Cannot read the 64-bit value at ${hex(address)}: it is at or above 2^53`;
-    }
+function describe(address: number, length: number, reason: MemoryFaultReason): string {
+  switch (reason) {
+    case "unmapped":
+      return `Cannot access ${length} bytes at ${hex(address)}: outside guest RAM`;
+    case "invalid":
+      return `Cannot access ${length} bytes at ${hex(address)}: not a valid address range`;
+    case "unrepresentable":
+      return `Cannot read the 64-bit value at ${hex(address)}: it is at or above 2^53`;
   }
 }

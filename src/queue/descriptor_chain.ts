@@ -110,20 +110,32 @@ export class DescriptorChain {
   }
 }
 
-/** Shared cursor logic over a contiguous run of a chain's segments. */
-abstract class ChainCursor {
+/**
+ * Cursor logic shared by {@linkcode ChainReader} and {@linkcode ChainWriter}:
+ * a position in a run of a chain's segments.
+ */
+export abstract class ChainCursor {
+  /** The chain this cursor walks. */
   protected readonly chain: DescriptorChain;
+  /** The reused translation of the current run (no allocation per access). */
   protected readonly t: DmaTranslation = new DmaTranslation();
+  /** Current segment index. */
   protected seg = 0;
+  /** Byte offset inside the current segment. */
   protected segOffset = 0;
+  /** Bytes consumed so far in this part of the chain. */
   protected done = 0;
 
+  /** Creates a cursor over `chain` (chains create their own reader and writer). */
   constructor(chain: DescriptorChain) {
     this.chain = chain;
   }
 
+  /** Index of the first segment of this part of the chain. */
   protected abstract get first(): number;
+  /** One past the last segment of this part of the chain. */
   protected abstract get end(): number;
+  /** Total bytes in this part of the chain. */
   protected abstract get total(): number;
 
   /** Bytes left in this part of the chain. */
@@ -195,12 +207,15 @@ export class ChainReader extends ChainCursor {
   readonly #scratch = new Uint8Array(8);
   readonly #scratchView = new DataView(this.#scratch.buffer);
 
+  /** See {@linkcode ChainCursor}. */
   protected get first(): number {
     return 0;
   }
+  /** See {@linkcode ChainCursor}. */
   protected get end(): number {
     return this.chain.readableCount;
   }
+  /** See {@linkcode ChainCursor}. */
   protected get total(): number {
     return this.chain.readableLength;
   }
@@ -270,12 +285,15 @@ export class ChainWriter extends ChainCursor {
   readonly #scratch = new Uint8Array(8);
   readonly #scratchView = new DataView(this.#scratch.buffer);
 
+  /** See {@linkcode ChainCursor}. */
   protected get first(): number {
     return this.chain.readableCount;
   }
+  /** See {@linkcode ChainCursor}. */
   protected get end(): number {
     return this.chain.segmentCount;
   }
+  /** See {@linkcode ChainCursor}. */
   protected get total(): number {
     return this.chain.writableLength;
   }

@@ -6,7 +6,7 @@
  * @module
  */
 export type { DeviceQueue, QueueConfig } from "./device_queue.ts";
-export { ChainReader, ChainWriter, DescriptorChain } from "./descriptor_chain.ts";
+export { ChainCursor, ChainReader, ChainWriter, DescriptorChain } from "./descriptor_chain.ts";
 export { VirtqueueError, type VirtqueueErrorKind } from "./virtqueue_error.ts";
 export { SplitQueue } from "./split_queue.ts";
 export { PackedQueue } from "./packed_queue.ts";
