@@ -30,5 +30,10 @@ export {
   DmaApiRequestMapper,
   virtqueueRequestMapper,
 } from "./request_mapper.ts";
+export {
+  IovaRequestMapper,
+  type IovaRequestMapperOptions,
+  type IovaRequestMapperStats,
+} from "./iova_request_mapper.ts";
 export { BlockErrno, BlockError } from "./block_error.ts";
 export { VIRTIO_BLK_CONFIG, VIRTIO_BLK_F, VIRTIO_BLK_S, VIRTIO_BLK_T } from "./virtio_blk_uapi.ts";
