@@ -108,7 +108,7 @@ if (fault !== undefined) {
   say(
     `guest: virtio-iommu fault event: reason ${fault.reason} (2 = mapping), endpoint ${
       hex(fault.endpoint)
-    }, address ${hex(fault.address)}`,
+    }, address ${fault.address === null ? "unknown" : hex(fault.address)}`,
   );
 }
 say(
