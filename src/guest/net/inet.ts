@@ -377,7 +377,7 @@ export interface InetHostStats {
  *
  * @example
  * ```ts
- * import { InetHost } from "@vireo/vireo/guest";
+ * import { InetHost } from "@vireo/vireo/guest/net";
  * const sent: Uint8Array[] = [];
  * const host = new InetHost({ mac: "52:54:00:00:00:01", send: (f) => sent.push(f) > 0 }, "10.0.0.1");
  * host.ping("10.0.0.2", 1);
