@@ -670,7 +670,7 @@ export class PackedVirtqueue<T> implements Virtqueue<T> {
     this.#eventTriggered = false;
     const dv = this.#drvDv;
     if (this.eventIdx) {
-      // TODO in the kernel too: tune this threshold.
+      // 3/4 of the outstanding buffers, as the kernel does (its own comment calls the value untuned).
       const bufs = Math.floor(((this.size - this.#numFree) * 3) / 4);
       let wrap = this.#lastUsedIdx >>> 15;
       let usedIdx = (this.#lastUsedIdx & 0x7fff) + bufs;
