@@ -10,8 +10,10 @@
 export const LinuxErrno = {
   /** Operation not permitted (broken device, missing capability). */
   EPERM: 1,
-  /** No such file or directory (unknown request id, nothing registered). */
+  /** No such file or directory (unknown request id, nothing registered, no vduse module). */
   ENOENT: 2,
+  /** Interrupted system call. */
+  EINTR: 4,
   /** I/O error (a message that failed or timed out). */
   EIO: 5,
   /** Bad file descriptor. */
@@ -20,6 +22,8 @@ export const LinuxErrno = {
   EAGAIN: 11,
   /** Out of memory. */
   ENOMEM: 12,
+  /** Permission denied (opening /dev/vduse/* without the rights). */
+  EACCES: 13,
   /** Bad address (a user buffer too short for the structure). */
   EFAULT: 14,
   /** Device or resource busy. */
@@ -28,14 +32,20 @@ export const LinuxErrno = {
   EEXIST: 17,
   /** No such device. */
   ENODEV: 19,
+  /** Not a directory. */
+  ENOTDIR: 20,
   /** Invalid argument. */
   EINVAL: 22,
   /** Inappropriate ioctl for device (what userspace sees for the kernel's ENOIOCTLCMD). */
   ENOTTY: 25,
   /** No buffer space available (vhost-vdpa group index check). */
   ENOBUFS: 105,
+  /** Function not implemented (no such system call). */
+  ENOSYS: 38,
   /** Operation not supported. */
   EOPNOTSUPP: 95,
+  /** Connection timed out. */
+  ETIMEDOUT: 110,
 } as const;
 
 /** One of the {@linkcode LinuxErrno} values. */
@@ -46,12 +56,13 @@ export type LinuxErrno = typeof LinuxErrno[keyof typeof LinuxErrno];
  * `"-EINVAL"`, `errnoName(0)` is `"0"`.
  *
  * @param value a syscall result (negative errno) or errno
- * @returns the name with the sign kept, or the number as text when unknown
+ * @returns the name with the sign kept, or `errno N` when unknown
  */
 export function errnoName(value: number): string {
   const code = Math.abs(value);
   for (const [name, n] of Object.entries(LinuxErrno)) {
     if (n === code) return value < 0 ? `-${name}` : name;
   }
-  return String(value);
+  if (code === 0) return "0";
+  return value < 0 ? `-errno ${code}` : `errno ${code}`;
 }

@@ -361,5 +361,7 @@ Deno.test("VDUSE message codecs", async (t) => {
     assertEquals(errnoName(-LinuxErrno.EINVAL), "-EINVAL");
     assertEquals(errnoName(LinuxErrno.EPERM), "EPERM");
     assertEquals(errnoName(0), "0");
+    assertEquals(errnoName(-LinuxErrno.EACCES), "-EACCES");
+    assertEquals(errnoName(-200), "-errno 200");
   });
 });
