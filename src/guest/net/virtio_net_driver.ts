@@ -283,6 +283,8 @@ export class VirtioNetDriver {
   readonly #used: UsedBuffer<number> = { token: 0, len: 0 };
   readonly #hdr = new Uint8Array(NET_HDR_LEN);
   readonly #hdrView = new DataView(this.#hdr.buffer);
+  readonly #rxHdr = new Uint8Array(NET_HDR_LEN);
+  readonly #rxHdrView = new DataView(this.#rxHdr.buffer);
 
   private constructor(
     device: NetGuestDevice,
@@ -451,7 +453,9 @@ export class VirtioNetDriver {
     const sq = this.#sqs[(options.queue ?? 0) % this.#currPairs];
     const h = this.#hdr;
     h.fill(0);
-    const data = frame.slice();
+    // The frame is copied only when a checksum must be finished in it (the
+    // caller's bytes stay untouched); otherwise it goes straight to the buffer.
+    const data = options.csum !== undefined && !this.hasFeature(F.CSUM) ? frame.slice() : frame;
     if (options.gso !== undefined) {
       const base = options.gso.type & ~NetGsoType.ECN;
       const need = base === NetGsoType.TCPV4
@@ -892,9 +896,10 @@ export class VirtioNetDriver {
       this.#freeRxBuf(rq, token);
       return;
     }
-    const hdr = new Uint8Array(NET_HDR_LEN);
+    // The header is read into a scratch buffer: only its fields leave this function.
+    const hdr = this.#rxHdr;
     mem.read(token, hdr);
-    const hv = new DataView(hdr.buffer);
+    const hv = this.#rxHdrView;
     let frame: Uint8Array;
     let numBuffers = 1;
     if (this.rxMode === "small") {
@@ -951,11 +956,15 @@ export class VirtioNetDriver {
         parts.push(part);
         total += part.length;
       }
-      frame = new Uint8Array(total);
-      let off = 0;
-      for (const p of parts) {
-        frame.set(p, off);
-        off += p.length;
+      if (parts.length === 1) {
+        frame = first;
+      } else {
+        frame = new Uint8Array(total);
+        let off = 0;
+        for (const p of parts) {
+          frame.set(p, off);
+          off += p.length;
+        }
       }
       rq.avgPktLen += (frame.length - rq.avgPktLen) / 64;
     }
