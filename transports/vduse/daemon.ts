@@ -42,7 +42,6 @@ import {
   encodeDevConfig,
   encodeDevResponse,
   encodeName,
-  encodeU32,
   encodeU64,
   encodeVqConfig,
   encodeVqEventfd,
@@ -539,8 +538,11 @@ export class VduseDaemon {
 
   #interrupt(queue: number): void {
     if (!this.#live || this.#fd < 0) return;
-    const arg = this.#irqArg;
-    arg.set(encodeU32(queue));
+    const arg = this.#irqArg; // the u32 queue index, little-endian, written in place
+    arg[0] = queue;
+    arg[1] = queue >>> 8;
+    arg[2] = queue >>> 16;
+    arg[3] = queue >>> 24;
     const r = this.backend.ioctl(this.#fd, VduseIoctl.VQ_INJECT_IRQ, arg);
     if (r < 0) this.stats.irqErrors++;
     else this.stats.irqs++;

@@ -161,7 +161,9 @@ Deno.test("VDUSE end to end: echo device behind the daemon", async (t) => {
       for (const [packed, errno] of [[true, -5], [false, -12]] as const) {
         const e = bringUp({ packed });
         const d = e.dev.as[0].domain!;
-        // 1 MiB bounce: 255 usable slots; 8-page inbound buffers run out after 31.
+        // 1 MiB bounce: 255 usable slots, 10 per add (an 8-slot aligned data
+        // buffer, header, indirect table); iova.c's top-down search from its
+        // cached node leaves aligned holes, so about 15 adds fit.
         let added = 0;
         for (let i = 0; i < 64; i++) {
           const r = e.vq.addSgs(
@@ -175,7 +177,7 @@ Deno.test("VDUSE end to end: echo device behind the daemon", async (t) => {
           }
           added++;
         }
-        assert(added >= 16 && added < 64, `added ${added}`);
+        assert(added >= 12 && added <= 25, `added ${added}`);
         assert(d.stats.mapFailures >= 1);
         // Whatever the failed add mapped was unmapped again: only complete buffers stay.
         const perAdd = 3; // header, data, indirect table

@@ -24,7 +24,7 @@ import {
 } from "../../../src/guest/dma/dma_api.ts";
 import { LinuxErrno } from "../errno.ts";
 import { VduseAccess } from "../uapi.ts";
-import { IovaAllocator } from "./iova_allocator.ts";
+import { IovaAllocator } from "../../../src/guest/dma/iova_allocator.ts";
 import { type IotlbEntry, type VduseFile, VduseIotlb } from "./iotlb.ts";
 
 /** `BOUNCE_MAP_SHIFT`: bounce slots are 4 KiB whatever the page size. */
@@ -43,6 +43,8 @@ export const VDUSE_MAX_BOUNCE_SIZE = 1 << 30;
 export const VDUSE_PAGE_SIZE = 4096;
 
 const NO_PHYS = -1;
+/** Copies up to this many bytes are done byte by byte (cheaper than a subarray + set). */
+const SMALL_COPY = 64;
 
 /** Counters of one domain, for tests and diagnostics. */
 export interface VduseDomainStats {
@@ -97,8 +99,9 @@ export class VduseIovaDomain implements VduseFile {
   };
   readonly #memory: GuestMemory;
   readonly #pages: PageAllocator;
-  readonly #stream: IovaAllocator;
-  readonly #consistent: IovaAllocator;
+  #stream!: IovaAllocator;
+  #consistent!: IovaAllocator;
+  readonly #streamLimitPfn: number;
   /** Per slot: guest physical address of the original bytes, or NO_PHYS. */
   readonly #origPhys: Float64Array;
   /** Per slot: 1 once a bounce page exists. */
@@ -125,12 +128,8 @@ export class VduseIovaDomain implements VduseFile {
     this.bounceSize = bounceSize;
     this.#memory = options.memory;
     this.#pages = options.pages;
-    this.#stream = new IovaAllocator(BOUNCE_MAP_SIZE, 1, bounceSize / BOUNCE_MAP_SIZE);
-    this.#consistent = new IovaAllocator(
-      VDUSE_PAGE_SIZE,
-      bounceSize / VDUSE_PAGE_SIZE,
-      VDUSE_IOVA_SIZE / VDUSE_PAGE_SIZE,
-    );
+    this.#initIova();
+    this.#streamLimitPfn = (bounceSize - 1) >> BOUNCE_MAP_SHIFT;
     const slots = bounceSize >> BOUNCE_MAP_SHIFT;
     this.#origPhys = new Float64Array(slots).fill(NO_PHYS);
     this.#hasPage = new Uint8Array(slots);
@@ -174,7 +173,7 @@ export class VduseIovaDomain implements VduseFile {
       return DMA_MAPPING_ERROR;
     }
     const pages = Math.ceil(size / BOUNCE_MAP_SIZE);
-    const pfn = this.#stream.allocFast(pages, (this.bounceSize - 1) >> BOUNCE_MAP_SHIFT);
+    const pfn = this.#stream.allocIovaFast(pages, this.#streamLimitPfn, true);
     if (pfn === 0) {
       this.stats.mapFailures++;
       return DMA_MAPPING_ERROR;
@@ -202,7 +201,9 @@ export class VduseIovaDomain implements VduseFile {
    */
   unmapPage(iova: number, size: number, dir: DmaDirection, attrs: number): void {
     checkDmaDirection(dir);
-    if (!this.#isStreaming(iova, size)) {
+    // Unmapping a slot that holds no mapping is a WARN that changes nothing
+    // (the kernel would free the IOVA twice).
+    if (!this.#isStreaming(iova, size) || this.#origPhys[iova >> BOUNCE_MAP_SHIFT] === NO_PHYS) {
       this.stats.warnings++;
       return;
     }
@@ -215,8 +216,8 @@ export class VduseIovaDomain implements VduseFile {
     const pfn = iova >> BOUNCE_MAP_SHIFT;
     const pages = Math.ceil(((iova & (BOUNCE_MAP_SIZE - 1)) + size) / BOUNCE_MAP_SIZE);
     for (let k = 0; k < pages; k++) this.#origPhys[pfn + k] = NO_PHYS;
-    if (this.#stream.freeFast(pfn, pages)) this.stats.unmaps++;
-    else this.stats.warnings++;
+    this.#stream.freeIovaFast(pfn, pages);
+    this.stats.unmaps++;
   }
 
   /** Copies driver → bounce for TO_DEVICE / BIDIRECTIONAL (`vduse_domain_sync_single_for_device`). */
@@ -252,11 +253,15 @@ export class VduseIovaDomain implements VduseFile {
       throw new RangeError(`Cannot allocate ${size} coherent bytes: expected an integer >= 1`);
     }
     const pageCount = Math.ceil(size / VDUSE_PAGE_SIZE);
-    const pfn = this.#consistent.allocFast(pageCount, Math.floor(this.iovaLimit / VDUSE_PAGE_SIZE));
+    const pfn = this.#consistent.allocIovaFast(
+      pageCount,
+      Math.floor(this.iovaLimit / VDUSE_PAGE_SIZE),
+      true,
+    );
     if (pfn === 0) return null;
     const phys = this.#pages.allocPagesExact(size, { zero: true });
     if (phys === null) {
-      this.#consistent.freeFast(pfn, pageCount);
+      this.#consistent.freeIovaFast(pfn, pageCount);
       return null;
     }
     const iova = pfn * VDUSE_PAGE_SIZE;
@@ -286,7 +291,7 @@ export class VduseIovaDomain implements VduseFile {
     }
     this.#coherent.delete(iova);
     this.iotlb.remove(c.entry);
-    this.#consistent.freeFast(iova / VDUSE_PAGE_SIZE, Math.ceil(size / VDUSE_PAGE_SIZE));
+    this.#consistent.freeIovaFast(iova / VDUSE_PAGE_SIZE, Math.ceil(size / VDUSE_PAGE_SIZE));
     this.#pages.freePagesExact(cpuAddr, size);
     this.stats.coherentLive--;
   }
@@ -360,12 +365,20 @@ export class VduseIovaDomain implements VduseFile {
     for (const [iova, c] of this.#coherent) this.freeCoherent(c.size, c.phys, iova);
     this.resetBounceMap();
     this.iotlb.clear();
-    this.#stream.clear();
-    this.#consistent.clear();
+    this.#initIova();
     this.#kernelBounce = null;
     this.#userBounce = null;
     this.#origPhys.fill(NO_PHYS);
     this.#hasPage.fill(0);
+  }
+
+  /** The kernel's two iova_domains (iova.c): streaming IOVAs in the bounce window, coherent ones above it. */
+  #initIova(): void {
+    this.#stream = new IovaAllocator({ granule: BOUNCE_MAP_SIZE, startPfn: 1 });
+    this.#consistent = new IovaAllocator({
+      granule: VDUSE_PAGE_SIZE,
+      startPfn: this.bounceSize / VDUSE_PAGE_SIZE,
+    });
   }
 
   #initBounceMap(): void {
@@ -419,8 +432,13 @@ export class VduseIovaDomain implements VduseFile {
       const r = memory.regionOf(phys, sz);
       if (r !== undefined) {
         const at = phys - r.base;
-        if (toBounce) bounce.set(r.bytes.subarray(at, at + sz), iova);
-        else r.bytes.set(bounce.subarray(iova, iova + sz), at);
+        const ram = r.bytes;
+        if (sz <= SMALL_COPY) {
+          // Indirect tables and headers: a loop beats making a subarray.
+          if (toBounce) { for (let k = 0; k < sz; k++) bounce[iova + k] = ram[at + k]; }
+          else for (let k = 0; k < sz; k++) ram[at + k] = bounce[iova + k];
+        } else if (toBounce) bounce.set(ram.subarray(at, at + sz), iova);
+        else ram.set(bounce.subarray(iova, iova + sz), at);
       } else if (toBounce) {
         memory.read(phys, bounce.subarray(iova, iova + sz));
       } else {

@@ -38,7 +38,6 @@ export {
   VduseIovaDomain,
   type VduseIovaDomainOptions,
 } from "./iova_domain.ts";
-export { IovaAllocator } from "./iova_allocator.ts";
 export { GuestMemoryFile, type IotlbEntry, type VduseFile, VduseIotlb } from "./iotlb.ts";
 export { VduseMapOps } from "./map_ops.ts";
 export {
