@@ -20,6 +20,8 @@
  */
 import { GuestFault } from "../../src/guest_fault.ts";
 import { createDeviceQueue } from "../../src/queue/create_device_queue.ts";
+import { PackedQueue } from "../../src/queue/packed_queue.ts";
+import { SplitQueue } from "../../src/queue/split_queue.ts";
 import type { DeviceQueue } from "../../src/queue/device_queue.ts";
 import type { VirtioDevice, VirtioDeviceHost } from "../../src/virtio/device.ts";
 import { VirtioDeviceId } from "../../src/virtio/device_id.ts";
@@ -374,15 +376,40 @@ export class VduseDaemon {
         return [VduseReqResult.OK, null];
       }
       case VduseReqType.GET_VQ_STATE: {
-        const q = this.#active[req.vqState!.index]?.queue as
-          | { lastAvailIdx?: number; packed: boolean }
-          | undefined;
-        if (q === undefined || q.packed || q.lastAvailIdx === undefined) {
-          return [q === undefined ? VduseReqResult.OK : VduseReqResult.FAILED, {
-            split: { availIndex: 0 },
+        // What vhost-vdpa's GET_VRING_BASE asks: where the device is in the
+        // ring. A queue not started yet is at its beginning.
+        const q = this.#active[req.vqState!.index]?.queue;
+        if (q === undefined) {
+          const features = this.#fd >= 0 ? this.#features() : null;
+          return [
+            VduseReqResult.OK,
+            hasFeature(features ?? 0n, VirtioFeature.RING_PACKED)
+              // Both wrap counters start at 1 (virtio 1.x, 2.8.1).
+              ? {
+                packed: {
+                  lastAvailCounter: 1,
+                  lastAvailIdx: 0,
+                  lastUsedCounter: 1,
+                  lastUsedIdx: 0,
+                },
+              }
+              : { split: { availIndex: 0 } },
+          ];
+        }
+        if (q instanceof PackedQueue) {
+          return [VduseReqResult.OK, {
+            packed: {
+              lastAvailCounter: q.availWrapCounter,
+              lastAvailIdx: q.nextAvail,
+              lastUsedCounter: q.usedWrapCounter,
+              lastUsedIdx: q.nextUsed,
+            },
           }];
         }
-        return [VduseReqResult.OK, { split: { availIndex: q.lastAvailIdx } }];
+        if (q instanceof SplitQueue) {
+          return [VduseReqResult.OK, { split: { availIndex: q.lastAvailIdx } }];
+        }
+        return [VduseReqResult.FAILED, null];
       }
       default:
         return [VduseReqResult.FAILED, null];

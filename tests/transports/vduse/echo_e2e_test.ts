@@ -59,6 +59,31 @@ function roundTrip(e: Echo, data: Uint8Array, out = 0x1_0000, inn = 0x2_0000): U
 }
 
 Deno.test("VDUSE end to end: echo device behind the daemon", async (t) => {
+  await t.step("GET_VQ_STATE reports where the daemon's queue is, split and packed", () => {
+    for (const packed of [false, true]) {
+      const e = bringUp({ packed });
+      for (let i = 0; i < 70; i++) roundTrip(e, new Uint8Array([i])); // past a 64-entry wrap
+      const state = e.dev.getVqState(0);
+      if (packed) {
+        // Each chain is one indirect descriptor: 70 slots = one lap of 64 (the
+        // wrap counters flip from 1 to 0) and 6 more.
+        assertEquals(state, {
+          packed: { lastAvailCounter: 0, lastAvailIdx: 6, lastUsedCounter: 0, lastUsedIdx: 6 },
+        });
+      } else {
+        assertEquals(state, { split: { availIndex: 70 } });
+      }
+      // The unused queue is at its beginning in the negotiated layout.
+      assertEquals(
+        e.dev.getVqState(1),
+        packed
+          ? { packed: { lastAvailCounter: 1, lastAvailIdx: 0, lastUsedCounter: 1, lastUsedIdx: 0 } }
+          : { split: { availIndex: 0 } },
+      );
+      assertEquals(e.daemon.stats.requests["GET_VQ_STATE"], 2);
+    }
+  });
+
   await t.step("probe, negotiation and DRIVER_OK go through SET_STATUS messages", () => {
     const e = bringUp();
     assertEquals(e.guest.transport, "vdpa");
