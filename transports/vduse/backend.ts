@@ -1,8 +1,8 @@
 /**
  * The system-call surface the VDUSE daemon needs, as bytes: the same calls a
  * C daemon makes on `/dev/vduse/*`. The emulated kernel implements it
- * ({@linkcode EmulatedVduseBackend}); a later Deno FFI backend can implement
- * it over the real `libc` calls and drive a real `/dev/vduse` unchanged.
+ * ({@linkcode EmulatedVduseBackend}); `ffi_backend_deno.ts` implements it over
+ * the real `libc` calls and drives a real `/dev/vduse` (Deno only).
  *
  * Every call returns what the syscall returns: a non-negative result or a
  * negative errno (`-LinuxErrno.EINVAL`), never throws for kernel errors.

@@ -1,8 +1,8 @@
 /**
  * A VDUSE userspace daemon that serves any vireo {@linkcode VirtioDevice}
  * over the VDUSE uAPI bytes, through a {@linkcode VduseBackend}: the
- * emulated kernel today, a real `/dev/vduse` through Deno FFI later, without
- * change here.
+ * emulated kernel, or a real `/dev/vduse` through Deno's FFI
+ * (`ffi_backend_deno.ts`), without change here.
  *
  * What it does, as QEMU's libvduse and DPDK do:
  * - start: SET_API_VERSION, CREATE_DEV (EEXIST accepted), open the device,
