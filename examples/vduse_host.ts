@@ -137,7 +137,11 @@ async function makeDevice(): Promise<{ device: VirtioDevice; describe: string }>
   }
   let backend: UdpBackend;
   try {
-    backend = await UdpBackend.open({ port, remote });
+    // A remote peer off this machine needs a socket bound beyond loopback.
+    const hostname = remote === undefined || remote.hostname.startsWith("127.")
+      ? "127.0.0.1"
+      : "0.0.0.0";
+    backend = await UdpBackend.open({ hostname, port, remote });
   } catch (e) {
     usage((e as Error).message);
   }
@@ -222,7 +226,7 @@ await stopped.promise;
 
 if (attached && !(await vdpa("dev", "del", name))) say("detach failed; destroying anyway");
 clearInterval(progress);
-const destroyed = daemon.stop();
+const destroyed = await daemon.shutdown();
 const s = daemon.stats;
 const requests = Object.entries(s.requests).map(([k, v]) => `${k} ${v}`).join(", ") || "none";
 say(

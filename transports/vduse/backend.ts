@@ -50,4 +50,11 @@ export interface VduseBackend {
    * (the kick callback): an fd or a negative errno.
    */
   eventfd(onSignal: () => void): number;
+  /**
+   * Resolves once no system call in flight still holds a file this process
+   * closed: a `poll(2)` sleeping on a device fd keeps the kernel's file
+   * reference (and VDUSE refuses DESTROY_DEV while the device is open) until
+   * it returns. Optional: backends whose calls are synchronous need none.
+   */
+  quiesce?(): Promise<void>;
 }

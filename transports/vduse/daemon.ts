@@ -324,10 +324,35 @@ export class VduseDaemon {
     if (this.#fd >= 0) this.backend.close(this.#fd);
     this.#fd = -1;
     if (this.#control >= 0) {
-      r = this.backend.ioctl(this.#control, VduseIoctl.DESTROY_DEV, encodeName(this.name));
+      r = this.#destroy(this.#control);
       this.backend.close(this.#control);
       this.#control = -1;
     }
+    return r;
+  }
+
+  /**
+   * `stop`, and when DESTROY_DEV found the device still open (-EBUSY) because
+   * a poll in flight held the closed fd, waits for the backend to let go
+   * ({@linkcode VduseBackend.quiesce}) and destroys again. Still -EBUSY while
+   * the device is attached to the vDPA bus (`vdpa dev del` first).
+   */
+  async shutdown(): Promise<number> {
+    const started = this.#control >= 0;
+    let r = this.stop();
+    if (started && r === -LinuxErrno.EBUSY && this.backend.quiesce !== undefined) {
+      await this.backend.quiesce();
+      const ctl = this.backend.openControl();
+      if (ctl < 0) return this.#error(ctl, "open /dev/vduse/control");
+      r = this.#destroy(ctl);
+      this.backend.close(ctl);
+    }
+    return r;
+  }
+
+  #destroy(control: number): number {
+    const r = this.backend.ioctl(control, VduseIoctl.DESTROY_DEV, encodeName(this.name));
+    if (r < 0) this.#error(r, `DESTROY_DEV ${this.name}`);
     return r;
   }
 

@@ -115,6 +115,8 @@ export class FfiVduseBackend implements VduseBackend {
   readonly #mappings = new Map<ArrayBuffer, Mapping>();
   readonly #counter = new Uint8Array(8);
   #wakeFd = -1;
+  /** Waiting for the poll in flight to return (see `quiesce`). */
+  #quiescers: (() => void)[] = [];
   #loop: Promise<void> | null = null;
   #closed = false;
 
@@ -281,6 +283,18 @@ export class FfiVduseBackend implements VduseBackend {
     this.#lib.close();
   }
 
+  /**
+   * See {@linkcode VduseBackend.quiesce}: wakes the poll in flight and
+   * resolves when it has returned, so the kernel has dropped its references
+   * to fds closed before this call.
+   */
+  quiesce(): Promise<void> {
+    if (this.#loop === null) return Promise.resolve();
+    const done = new Promise<void>((resolve) => this.#quiescers.push(resolve));
+    this.#wake();
+    return done;
+  }
+
   /** Resolves when the poll loop stops (nothing watched, or `shutdown`). */
   get idle(): Promise<void> {
     return this.#loop ?? Promise.resolve();
@@ -302,6 +316,7 @@ export class FfiVduseBackend implements VduseBackend {
     }
     this.#loop = this.#run().finally(() => {
       this.#loop = null;
+      for (const resolve of this.#quiescers.splice(0)) resolve();
     });
   }
 
@@ -318,6 +333,9 @@ export class FfiVduseBackend implements VduseBackend {
       }
       const n = await this.#c.poll(fds, BigInt(watched.length + 1), this.#pollTimeoutMs);
       this.polls++;
+      if (this.#quiescers.length > 0) {
+        for (const resolve of this.#quiescers.splice(0)) resolve();
+      }
       if (n <= 0) continue; // timeout, or EINTR on the worker thread
       if (view.getInt16(6, true) !== 0) this.#c.read(this.#wakeFd, this.#counter, 8n);
       for (let i = 0; i < watched.length; i++) {

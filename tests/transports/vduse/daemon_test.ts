@@ -6,6 +6,7 @@ import { probeVirtioVdpa } from "../../../src/guest/vdpa/virtio_vdpa.ts";
 import { VduseDaemon } from "../../../transports/vduse/daemon.ts";
 import type { VduseDev } from "../../../transports/vduse/kernel/vduse_dev.ts";
 import { VduseIoctl } from "../../../transports/vduse/uapi.ts";
+import type { VduseBackend } from "../../../transports/vduse/backend.ts";
 import { ECHO_F_GOOD, EchoDevice } from "../../helpers/echo_device.ts";
 import { setup } from "./helpers.ts";
 
@@ -36,6 +37,54 @@ Deno.test("VduseDaemon life cycle", async (t) => {
     f.backend.close(a.fd);
     const b = new VduseDaemon(f.backend, new EchoDevice(1), { name: "e" });
     assertEquals(b.start(), 0);
+  });
+
+  await t.step(
+    "shutdown destroys again after the backend let go of a polled fd (-EBUSY once)",
+    async () => {
+      const f = setup();
+      // A real kernel: a poll(2) still sleeping on the closed device fd holds
+      // the file, so the first DESTROY_DEV sees the device open.
+      let held = true;
+      let quiesced = 0;
+      const real = f.backend;
+      const backend: VduseBackend = {
+        openControl: () => real.openControl(),
+        openDevice: (name) => real.openDevice(name),
+        close: (fd) => real.close(fd),
+        read: (fd, buf) => real.read(fd, buf),
+        write: (fd, buf) => real.write(fd, buf),
+        watch: (fd, onReady) => real.watch(fd, onReady),
+        mmap: (fd, offset, length, prot) => real.mmap(fd, offset, length, prot),
+        munmap: (view) => real.munmap(view),
+        eventfd: (onSignal) => real.eventfd(onSignal),
+        ioctl(fd: number, request: number, arg: Uint8Array | null): number {
+          if (request === VduseIoctl.DESTROY_DEV && held) return -16;
+          return real.ioctl(fd, request, arg);
+        },
+        quiesce(): Promise<void> {
+          quiesced++;
+          held = false;
+          return Promise.resolve();
+        },
+      };
+      const daemon = new VduseDaemon(backend, new EchoDevice(1), { name: "e" });
+      assertEquals(daemon.start(), 0);
+      assertEquals(await daemon.shutdown(), 0);
+      assertEquals(quiesced, 1);
+      assertEquals(f.kernel.devices.size, 0);
+      assertEquals(f.backend.openFds, 0);
+    },
+  );
+
+  await t.step("shutdown of a device still on the vDPA bus stays -EBUSY, named", async () => {
+    const f = setup();
+    const daemon = new VduseDaemon(f.backend, new EchoDevice(1), { name: "e" });
+    assertEquals(daemon.start(), 0);
+    f.kernel.vdpaDevAdd("e");
+    assertEquals(await daemon.shutdown(), -16);
+    assertEquals(daemon.lastError, "DESTROY_DEV e failed: -EBUSY");
+    assertEquals(f.kernel.devices.size, 1);
   });
 
   await t.step("option checks", () => {

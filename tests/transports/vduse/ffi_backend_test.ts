@@ -110,6 +110,18 @@ Deno.test({ name: "FFI VDUSE backend on plain files", ignore: !linux }, async (t
       await backend.idle; // nothing watched: the loop ends
     });
 
+    await t.step("quiesce returns once the poll in flight has come back", async () => {
+      assertEquals(await backend.quiesce(), undefined); // no loop: at once
+      let kicks = 0;
+      const fd = backend.eventfd(() => kicks++);
+      const before = backend.polls;
+      await backend.quiesce(); // wakes the sleeping poll (timeout 50 ms) and waits for it
+      assert(backend.polls > before);
+      assertEquals(kicks, 0);
+      backend.close(fd);
+      await backend.idle;
+    });
+
     await t.step("watch calls back while readable and stops when unwatched", async () => {
       Deno.writeFileSync(`${dir}/dev1`, new Uint8Array(4));
       const fd = backend.openDevice("dev1");
