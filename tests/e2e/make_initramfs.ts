@@ -1,15 +1,17 @@
 /**
- * Packs a directory into a gzip'd cpio ("newc") initramfs, with `/dev/console`
- * added so the kernel can give `/init` its console. Used by `fetch_assets.sh`;
- * it needs no `cpio` binary on the host.
+ * cpio ("newc") initramfs archives for the end-to-end guests, without a
+ * `cpio` binary on the host: the writer, a directory walker, and a CLI that
+ * packs a directory with `/dev/console` added so the kernel can give `/init`
+ * its console. `OUT.gz` is gzip'd (the v86 guest); `OUT.cpio` stays plain (the
+ * QEMU/TCG guest, where gunzip of ~100 MB would cost seconds).
  *
- * Usage: `deno run --allow-read --allow-write tests/e2e/make_initramfs.ts ROOT OUT.gz`
+ * Usage: `deno run --allow-read --allow-write tests/e2e/make_initramfs.ts ROOT OUT.gz|OUT.cpio`
  *
  * @module
  */
 
 /** One entry of the archive. */
-interface CpioEntry {
+export interface CpioEntry {
   /** Path inside the archive, without a leading slash. */
   name: string;
   /** `st_mode`: file type and permission bits. */
@@ -20,8 +22,10 @@ interface CpioEntry {
   rdev?: [number, number];
 }
 
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
+/** `S_IFDIR`. */
+export const S_IFDIR = 0o040000;
+/** `S_IFREG`. */
+export const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 const S_IFCHR = 0o020000;
 
@@ -67,28 +71,68 @@ export function writeCpio(entries: readonly CpioEntry[]): Uint8Array {
   return out;
 }
 
-/** Lists `root` recursively (sorted, parents first) as cpio entries. */
-async function collect(root: string, prefix = ""): Promise<CpioEntry[]> {
-  const names: Deno.DirEntry[] = [];
-  for await (const e of Deno.readDir(prefix === "" ? root : `${root}/${prefix}`)) names.push(e);
-  names.sort((a, b) => a.name < b.name ? -1 : 1);
+/**
+ * Lists the directory `root` recursively (sorted, parents first) as entries
+ * named `prefix/...`.
+ *
+ * @param root a host directory
+ * @param prefix the archive path the directory's contents go under ("" for the top)
+ * @param skip relative paths (from `root`) to leave out
+ */
+export async function collectTree(
+  root: string,
+  prefix = "",
+  skip: (rel: string) => boolean = () => false,
+): Promise<CpioEntry[]> {
   const out: CpioEntry[] = [];
-  for (const e of names) {
-    const rel = prefix === "" ? e.name : `${prefix}/${e.name}`;
-    const path = `${root}/${rel}`;
-    const info = await Deno.lstat(path);
-    const perm = (info.mode ?? 0o644) & 0o7777;
-    if (info.isSymlink) {
-      const target = new TextEncoder().encode(await Deno.readLink(path));
-      out.push({ name: rel, mode: S_IFLNK | 0o777, data: target });
-    } else if (info.isDirectory) {
-      out.push({ name: rel, mode: S_IFDIR | perm, data: new Uint8Array(0) });
-      out.push(...await collect(root, rel));
-    } else {
-      out.push({ name: rel, mode: S_IFREG | perm, data: await Deno.readFile(path) });
+  const walk = async (rel: string): Promise<void> => {
+    const names: Deno.DirEntry[] = [];
+    for await (const e of Deno.readDir(rel === "" ? root : `${root}/${rel}`)) names.push(e);
+    names.sort((a, b) => a.name < b.name ? -1 : 1);
+    for (const e of names) {
+      const sub = rel === "" ? e.name : `${rel}/${e.name}`;
+      if (skip(sub)) continue;
+      const path = `${root}/${sub}`;
+      const name = prefix === "" ? sub : `${prefix}/${sub}`;
+      const info = await Deno.lstat(path);
+      const perm = (info.mode ?? 0o644) & 0o7777;
+      if (info.isSymlink) {
+        const target = new TextEncoder().encode(await Deno.readLink(path));
+        out.push({ name, mode: S_IFLNK | 0o777, data: target });
+      } else if (info.isDirectory) {
+        out.push({ name, mode: S_IFDIR | perm, data: new Uint8Array(0) });
+        await walk(sub);
+      } else {
+        out.push({ name, mode: S_IFREG | perm, data: await Deno.readFile(path) });
+      }
     }
-  }
+  };
+  await walk("");
   return out;
+}
+
+/** The directory entries `a/b/c` needs before it (`a`, `a/b`), as mode-0755 directories. */
+export function parentDirs(path: string): CpioEntry[] {
+  const parts = path.split("/");
+  return parts.slice(0, -1).map((_, i) => ({
+    name: parts.slice(0, i + 1).join("/"),
+    mode: S_IFDIR | 0o755,
+    data: new Uint8Array(0),
+  }));
+}
+
+/** Adds `dev/` (if missing) and the `dev/console` character device (5, 1) in place. */
+export function addConsole(entries: CpioEntry[]): void {
+  if (!entries.some((e) => e.name === "dev")) {
+    entries.unshift({ name: "dev", mode: S_IFDIR | 0o755, data: new Uint8Array(0) });
+  }
+  const devAt = entries.findIndex((e) => e.name === "dev");
+  entries.splice(devAt + 1, 0, {
+    name: "dev/console",
+    mode: S_IFCHR | 0o600,
+    data: new Uint8Array(0),
+    rdev: [5, 1],
+  });
 }
 
 async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
@@ -101,24 +145,20 @@ async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
 if (import.meta.main) {
   const [root, out] = Deno.args;
   if (root === undefined || out === undefined) {
-    console.error("usage: make_initramfs.ts ROOT OUT.gz");
+    console.error("usage: make_initramfs.ts ROOT OUT.gz|OUT.cpio");
     Deno.exit(2);
   }
-  const entries = await collect(root);
-  if (!entries.some((e) => e.name === "dev")) {
-    entries.unshift({ name: "dev", mode: S_IFDIR | 0o755, data: new Uint8Array(0) });
-  }
-  const devAt = entries.findIndex((e) => e.name === "dev");
-  entries.splice(devAt + 1, 0, {
-    name: "dev/console",
-    mode: S_IFCHR | 0o600,
-    data: new Uint8Array(0),
-    rdev: [5, 1],
-  });
+  const entries = await collectTree(root);
+  addConsole(entries);
   const archive = writeCpio(entries);
-  const packed = await gzip(archive);
-  await Deno.writeFile(out, packed);
-  console.log(
-    `${out}: ${entries.length} entries, ${archive.byteLength} bytes, ${packed.byteLength} gzip'd`,
-  );
+  if (out.endsWith(".cpio")) {
+    await Deno.writeFile(out, archive);
+    console.log(`${out}: ${entries.length} entries, ${archive.byteLength} bytes`);
+  } else {
+    const packed = await gzip(archive);
+    await Deno.writeFile(out, packed);
+    console.log(
+      `${out}: ${entries.length} entries, ${archive.byteLength} bytes, ${packed.byteLength} gzip'd`,
+    );
+  }
 }

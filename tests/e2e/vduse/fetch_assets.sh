@@ -24,8 +24,8 @@
 # Also makes sure the host has qemu-system-x86_64: when it is missing, Debian's
 # qemu-system-x86 is installed with the host's apt (needs root).
 #
-# Cached: when assets/vduse/MANIFEST was made from the same inputs (this script,
-# make_initramfs.ts and the cpio writer in ../make_initramfs.ts), nothing is
+# Cached: when assets/vduse/MANIFEST was made from the same inputs (this script
+# and the cpio writer ../make_initramfs.ts), nothing is
 # fetched. Downloads are kept in assets/vduse/downloads/. Any failure stops the
 # script with a non-zero status.
 #
@@ -82,7 +82,7 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
 fi
 
 # ---- cache ----------------------------------------------------------------------
-KEY=$(cat "$HERE/fetch_assets.sh" "$HERE/make_initramfs.ts" "$HERE/../make_initramfs.ts" |
+KEY=$(cat "$HERE/fetch_assets.sh" "$HERE/../make_initramfs.ts" |
   sha256sum | cut -c1-16)
 if [ "${FORCE:-0}" != 1 ] && [ -f "$OUT/MANIFEST" ] &&
   grep -qx "key $KEY" "$OUT/MANIFEST"; then
@@ -237,7 +237,7 @@ if [ "$(id -u)" = 0 ] && chroot "$ROOT" /bin/busybox true 2>/dev/null; then
 fi
 
 log "packing base.cpio"
-"${DENO_CMD[@]}" run --quiet --allow-read --allow-write "$HERE/make_initramfs.ts" \
+"${DENO_CMD[@]}" run --quiet --allow-read --allow-write "$HERE/../make_initramfs.ts" \
   "$ROOT" "$OUT/base.cpio" || die "cannot pack base.cpio"
 DENO_BIN_SHA=$(sha256sum "$ROOT/bin/deno" | cut -c1-16)
 rm -rf "$WORK"

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { collectTree, type CpioEntry, packCpio, parentDirs, S_IFREG } from "./make_initramfs.ts";
+import { collectTree, type CpioEntry, parentDirs, S_IFREG, writeCpio } from "../make_initramfs.ts";
 
 const ASSETS_ENV = Deno.env.get("VIREO_VDUSE_ASSETS");
 /** Where fetch_assets.sh puts the assets (VIREO_VDUSE_ASSETS overrides it, as there). */
@@ -145,7 +145,7 @@ export async function buildOverlay(files: GuestFile[] = []): Promise<Uint8Array>
     seen.delete(name);
     add({ name, mode: S_IFREG | (f.mode ?? 0o644), data: f.data });
   }
-  return packCpio(entries);
+  return writeCpio(entries);
 }
 
 function qemuArgs(kernel: string, initrd: string, append: string, memoryMiB: number): string[] {
