@@ -34,6 +34,8 @@ const POLLHUP = 0x010;
 const POLLNVAL = 0x020;
 const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
 const PROT_READ_WRITE = 3;
+/** An eventfd increment of 1 (a little-endian u64), written to signal. */
+const ONE = new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0]);
 /** `struct pollfd` is `int fd; short events; short revents`. */
 const POLLFD_SIZE = 8;
 
@@ -260,9 +262,7 @@ export class FfiVduseBackend implements VduseBackend {
 
   /** Signals an eventfd as the kernel would (`write` of a 1 counter); for tests and tools. */
   signal(fd: number): number {
-    const one = new Uint8Array(8);
-    one[0] = 1;
-    return this.write(fd, one);
+    return this.write(fd, ONE);
   }
 
   /**
